@@ -1,0 +1,103 @@
+"""The composition point: Settings in, a FastAPI app with its Runtime out."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from fastapi.staticfiles import StaticFiles
+from starlette.routing import WebSocketRoute
+
+from . import __version__
+from .auth import Authenticator
+from .errors import HandshakeRefused
+from .pubsub import broker_from_url
+from .routes.http import http_router
+from .routes.websocket import UnknownWebSocketPath, WebSocketEndpoint
+from .runtime import Runtime
+from .settings import Settings, get_settings
+
+log = logging.getLogger("service.app")
+
+
+def build_runtime(settings: Settings) -> Runtime:
+    return Runtime(
+        broker=broker_from_url(
+            settings.broker_url, prefix=settings.redis_prefix, outbox_limit=10000
+        ),
+        authenticator=Authenticator(
+            modes=settings.auth_mode,
+            api_keys=[k.get_secret_value() for k in settings.api_keys],
+            jwt_secret=settings.jwt_secret.get_secret_value(),
+            jwt_public_key_file=settings.jwt_public_key_file,
+            audience=settings.jwt_audience,
+            issuer=settings.jwt_issuer,
+        ),
+        allowed_origins=settings.allowed_origins,
+        max_connections=settings.max_connections,
+        max_connections_per_ip=settings.max_connections_per_ip,
+        max_message_bytes=settings.max_message_bytes,
+        rate_limit=settings.rate_limit,
+        rate_burst=settings.rate_burst,
+        send_queue=settings.send_queue,
+        echo_prefix=settings.echo_prefix,
+        version=__version__,
+    )
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the ASGI app; tests pass their own Settings, production reads the environment."""
+    settings = settings or get_settings()
+    runtime = build_runtime(settings)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if not settings.auth_enabled:
+            log.warning(
+                "authentication is off (WS_AUTH_MODE=none): any client may connect and publish"
+            )
+        await runtime.start()
+        log.info(
+            "worker ready pid=%d broker=%s auth=%s",
+            runtime.pid,
+            runtime.broker.name,
+            ",".join(settings.auth_mode) or "none",
+        )
+        try:
+            yield
+        finally:
+            await runtime.stop()
+
+    app = FastAPI(title="ws-service", version=__version__, lifespan=lifespan)
+    app.state.runtime = runtime
+    app.state.settings = settings
+
+    @app.exception_handler(HandshakeRefused)
+    async def refused(request: Request, exc: HandshakeRefused) -> JSONResponse:
+        runtime.stats.rejected[exc.reason] += 1
+        return JSONResponse({"error": exc.reason, "detail": exc.detail}, status_code=exc.status)
+
+    app.include_router(http_router(runtime))
+    app.router.routes.extend(
+        [
+            WebSocketRoute("/ws", WebSocketEndpoint(runtime, mode="echo")),
+            WebSocketRoute("/ws/broadcast", WebSocketEndpoint(runtime, mode="broadcast")),
+            WebSocketRoute("/ws/channels/{channel}", WebSocketEndpoint(runtime, mode="channel")),
+            WebSocketRoute("/{path:path}", UnknownWebSocketPath(runtime)),
+        ]
+    )
+    app.mount("/static", StaticFiles(packages=[("service", "static")]), name="static")
+    return app
+
+
+def __getattr__(name: str) -> FastAPI:
+    # `service.app:app` is built on first access, so importing create_app never reads the
+    # environment (tests build apps from their own Settings).
+    if name == "app":
+        application = create_app()
+        globals()["app"] = application
+        return application
+    raise AttributeError(name)

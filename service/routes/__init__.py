@@ -1,0 +1,1 @@
+"""HTTP and WebSocket routes; each module takes the Runtime and never reads settings."""
