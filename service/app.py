@@ -14,6 +14,7 @@ from starlette.routing import WebSocketRoute
 from . import __version__
 from .auth import Authenticator
 from .errors import HandshakeRefused
+from .metrics import metrics_router
 from .pubsub import broker_from_url
 from .routes.http import http_router
 from .routes.websocket import UnknownWebSocketPath, WebSocketEndpoint
@@ -44,6 +45,7 @@ def build_runtime(settings: Settings) -> Runtime:
         rate_burst=settings.rate_burst,
         send_queue=settings.send_queue,
         echo_prefix=settings.echo_prefix,
+        drain_spread=settings.drain_spread,
         version=__version__,
     )
 
@@ -54,7 +56,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     runtime = build_runtime(settings)
 
     @contextlib.asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Runtime]]:
         if not settings.auth_enabled:
             log.warning(
                 "authentication is off (WS_AUTH_MODE=none): any client may connect and publish"
@@ -67,7 +69,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             ",".join(settings.auth_mode) or "none",
         )
         try:
-            yield
+            # Lifespan state reaches every connection's protocol (scope["state"] and
+            # app_state): shutdown marks the worker draining through it.
+            yield {"runtime": runtime}
         finally:
             await runtime.stop()
 
@@ -81,6 +85,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return JSONResponse({"error": exc.reason, "detail": exc.detail}, status_code=exc.status)
 
     app.include_router(http_router(runtime))
+    if settings.metrics:
+        app.include_router(metrics_router(runtime))
     app.router.routes.extend(
         [
             WebSocketRoute("/ws", WebSocketEndpoint(runtime, mode="echo")),

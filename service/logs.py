@@ -14,12 +14,8 @@ import sys
 import time
 from typing import Any
 
-_SECRET_QUERY = re.compile(
-    r"(?i)\b(token|api_key|apikey|access_token|jwt|key|password|secret)=([^&\s\"']+)"
-)
-_BEARER = re.compile(r"(?i)\b(bearer)\s+[A-Za-z0-9\-._~+/]+=*")
-_URL_PASSWORD = re.compile(r"(?i)\b(rediss?://[^:/@\s]*):([^@\s]+)@")
-_JWT = re.compile(r"\beyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]*")
+from .redaction import RedactingFilter, redact
+
 _FIELDS = re.compile(r"\b(conn|client|path|code|reason|channel|status)=(\"[^\"]*\"|'[^']*'|\S+)")
 
 LOGGERS = (
@@ -30,25 +26,6 @@ LOGGERS = (
     "gunicorn.error",
     "gunicorn.access",
 )
-
-
-def redact(text: str) -> str:
-    """Remove tokens, keys and passwords from a log line."""
-    if "=" in text or "earer" in text or "://" in text or "eyJ" in text:
-        text = _SECRET_QUERY.sub(r"\1=[redacted]", text)
-        text = _BEARER.sub(r"\1 [redacted]", text)
-        text = _URL_PASSWORD.sub(r"\1:[redacted]@", text)
-        text = _JWT.sub("[redacted-jwt]", text)
-    return text
-
-
-class RedactingFilter(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        cleaned = redact(message)
-        if cleaned != message:
-            record.msg, record.args = cleaned, None
-        return True
 
 
 class JsonFormatter(logging.Formatter):

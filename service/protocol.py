@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import random
 from collections.abc import Callable
 from typing import Any
 
@@ -144,6 +145,24 @@ class DirectWebSocketProtocol(WebSocketsSansIOProtocol):
         self._abort_later()
 
     def shutdown(self) -> None:
+        """The server is stopping: readiness fails at once, closes (1012) spread out.
+
+        uvicorn calls this for every connection at the same instant; thousands of clients
+        closed together would reconnect together. Each close waits a random share of
+        `drain_spread` seconds (uvicorn keeps waiting for open connections meanwhile).
+        """
+        runtime = self.app_state.get("runtime")
+        if runtime is not None:
+            runtime.draining = True
+        spread = getattr(runtime, "drain_spread", 0.0)
+        if spread > 0 and self.handshake_complete and not self.close_sent:
+            self.loop.call_later(random.uniform(0, spread), self._shutdown_now)
+        else:
+            self._shutdown_now()
+
+    def _shutdown_now(self) -> None:
+        if self.disconnected:
+            return
         super().shutdown()
         self._abort_later()
 

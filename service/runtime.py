@@ -44,6 +44,7 @@ class Runtime:
         rate_burst: int = 0,
         send_queue: int = 1000,
         echo_prefix: str = "Echo: ",
+        drain_spread: float = 0.0,
         version: str = "",
     ) -> None:
         self.stats = Stats()
@@ -58,6 +59,7 @@ class Runtime:
         self.rate_burst = rate_burst
         self.send_queue = send_queue
         self.echo_prefix = echo_prefix.encode()
+        self.drain_spread = drain_spread
         self.version = version
         self.pid = os.getpid()
         self.started_at = time.time()

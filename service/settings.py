@@ -76,6 +76,7 @@ class Settings(BaseSettings):
     ssl_certfile: Path | None = None
     ssl_keyfile: Path | None = None
     graceful_timeout: int = Field(30, ge=1)
+    drain_spread: float = Field(2.0, ge=0)
 
     env: Literal["development", "production"] = "development"
     log_level: Literal["critical", "error", "warning", "info", "debug", "trace"] = "info"
@@ -163,6 +164,11 @@ class Settings(BaseSettings):
             found.append("WS_SSL_CERTFILE, WS_SSL_KEYFILE: set both or neither")
         if self.ping_interval and self.ping_timeout == 0:
             found.append("WS_PING_TIMEOUT: 0 with pings on would never detect a dead peer")
+        if self.drain_spread >= self.graceful_timeout - 1:
+            found.append(
+                f"WS_DRAIN_SPREAD: {self.drain_spread}s must end well before "
+                f"WS_GRACEFUL_TIMEOUT={self.graceful_timeout}s"
+            )
         if self.env == "production":
             found.extend(self._production_problems())
         return found
