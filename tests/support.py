@@ -174,10 +174,6 @@ class ServerProcess:
         except OSError:
             return False
 
-    def signal(self, sig: int) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(sig)
-
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int | None:
         """Signal the process, wait for it to exit, and return its exit code."""
         if self.proc is None or self.proc.poll() is not None:
@@ -190,6 +186,11 @@ class ServerProcess:
                 os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(5)
             raise AssertionError(f"server did not exit within {timeout}s") from None
+
+    # Defined after stop(): its default argument needs the signal module, not this method.
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
 
     def kill_group(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
