@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
@@ -14,10 +15,10 @@ from starlette.routing import WebSocketRoute
 from . import __version__
 from .auth import Authenticator
 from .errors import HandshakeRefused
-from .metrics import metrics_router
+from .metrics import metrics_router, start_sync
 from .pubsub import broker_from_url
 from .routes.http import http_router
-from .routes.websocket import UnknownWebSocketPath, WebSocketEndpoint
+from .routes.websocket import WebSocketDispatch
 from .runtime import Runtime
 from .settings import Settings, get_settings
 
@@ -50,6 +51,25 @@ def build_runtime(settings: Settings) -> Runtime:
     )
 
 
+class WebSocketService(FastAPI):
+    """FastAPI, with its WebSocket endpoints reached before the middleware stack.
+
+    Each middleware layer keeps a coroutine frame alive for a connection's whole life: about
+    5 KiB per idle WebSocket, and time on every handshake. Our endpoints catch their own
+    errors, so they need none of it; anything else goes through FastAPI as usual.
+    """
+
+    websocket_dispatch: WebSocketDispatch | None = None
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "websocket" and self.websocket_dispatch is not None:
+            endpoint = self.websocket_dispatch.match(scope)
+            if endpoint is not None:
+                await endpoint(scope, receive, send)
+                return
+        await super().__call__(scope, receive, send)
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the ASGI app; tests pass their own Settings, production reads the environment."""
     settings = settings or get_settings()
@@ -62,6 +82,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 "authentication is off (WS_AUTH_MODE=none): any client may connect and publish"
             )
         await runtime.start()
+        sync = start_sync(runtime)
         log.info(
             "worker ready pid=%d broker=%s auth=%s",
             runtime.pid,
@@ -73,9 +94,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             # app_state): shutdown marks the worker draining through it.
             yield {"runtime": runtime}
         finally:
+            await sync.stop()
             await runtime.stop()
 
-    app = FastAPI(title="ws-service", version=__version__, lifespan=lifespan)
+    app = WebSocketService(title="ws-service", version=__version__, lifespan=lifespan)
     app.state.runtime = runtime
     app.state.settings = settings
 
@@ -87,12 +109,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(http_router(runtime))
     if settings.metrics:
         app.include_router(metrics_router(runtime))
+    dispatch = app.websocket_dispatch = WebSocketDispatch(runtime)
+    # The same endpoints as ordinary routes: reached when the fast match does not apply
+    # (a root_path, say), and listed like any other route.
     app.router.routes.extend(
         [
-            WebSocketRoute("/ws", WebSocketEndpoint(runtime, mode="echo")),
-            WebSocketRoute("/ws/broadcast", WebSocketEndpoint(runtime, mode="broadcast")),
-            WebSocketRoute("/ws/channels/{channel}", WebSocketEndpoint(runtime, mode="channel")),
-            WebSocketRoute("/{path:path}", UnknownWebSocketPath(runtime)),
+            WebSocketRoute("/ws", dispatch.echo),
+            WebSocketRoute("/ws/broadcast", dispatch.broadcast),
+            WebSocketRoute("/ws/channels/{channel}", dispatch.channel),
+            WebSocketRoute("/{path:path}", dispatch.unknown),
         ]
     )
     app.mount("/static", StaticFiles(packages=[("service", "static")]), name="static")

@@ -3,28 +3,41 @@
 Credentials come from `?token=` / `Authorization: Bearer` (JWT), `?api_key=` / `X-API-Key`
 (API keys), or, so browsers can keep tokens out of URLs and proxy logs, the subprotocol pair
 `Sec-WebSocket-Protocol: bearer, <jwt>` (the server then selects `bearer`).
+
+Each configured key accepts exactly one algorithm, fixed by the key's type: the HS256 secret,
+an RSA public key (RS256) or a P-256 public key (ES256). The token's own `alg` header only
+picks among those, so `alg: none` and HS/RS confusion (an HS256 token "signed" with the
+public key) have nothing to match.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import hmac
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import jwt
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 from .channels import permitted
-from .errors import Unauthorized
+from .errors import ConfigError, Unauthorized
 
 BEARER_SUBPROTOCOL = "bearer"
-HMAC_ALGORITHMS = ("HS256",)
-PUBLIC_KEY_ALGORITHMS = ("RS256", "ES256")
+DEFAULT_LEEWAY = 10.0
+"""Seconds of clock skew tolerated on `exp`, `nbf` and `iat` (and so on open connections)."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Principal:
-    """An authenticated caller; `channels` None means any channel."""
+    """An authenticated caller; `channels` None means any channel.
+
+    `expires_at` is when the credentials stop being accepted (epoch seconds, leeway
+    included): an open connection is closed then.
+    """
 
     subject: str
     method: str
@@ -39,6 +52,16 @@ class Principal:
 ANONYMOUS = Principal(subject="anonymous", method="none")
 
 
+def public_key_algorithm(pem: bytes) -> tuple[str, Any]:
+    """The one algorithm a PEM public key may verify, and the loaded key; ValueError if none."""
+    key = load_pem_public_key(pem)
+    if isinstance(key, rsa.RSAPublicKey):
+        return "RS256", key
+    if isinstance(key, ec.EllipticCurvePublicKey) and isinstance(key.curve, ec.SECP256R1):
+        return "ES256", key
+    raise ValueError(f"unsupported key type {type(key).__name__}: use RSA (RS256) or P-256 (ES256)")
+
+
 class Authenticator:
     """Checks credentials according to WS_AUTH_MODE; raises Unauthorized (401)."""
 
@@ -51,12 +74,22 @@ class Authenticator:
         jwt_public_key_file: Path | None = None,
         audience: str = "",
         issuer: str = "",
-        leeway: float = 10.0,
+        leeway: float = DEFAULT_LEEWAY,
     ) -> None:
         self.modes = frozenset(modes)
-        self._api_keys = tuple(k.encode() for k in api_keys)
-        self._secret = jwt_secret
-        self._public_key = jwt_public_key_file.read_text() if jwt_public_key_file else ""
+        # Digests, compared in constant time: equal lengths whatever the caller sends.
+        self._api_keys = tuple(_digest(k) for k in api_keys)
+        self._keys: dict[str, Any] = {}  # alg -> the one key that verifies it
+        if jwt_secret:
+            self._keys["HS256"] = jwt_secret
+        if jwt_public_key_file is not None:
+            try:
+                alg, key = public_key_algorithm(jwt_public_key_file.read_bytes())
+            except (OSError, ValueError) as exc:
+                raise ConfigError(
+                    [f"WS_JWT_PUBLIC_KEY_FILE: {jwt_public_key_file}: {_short(exc)}"]
+                ) from None
+            self._keys[alg] = key
         self._audience = audience or None
         self._issuer = issuer or None
         self._leeway = leeway
@@ -64,6 +97,10 @@ class Authenticator:
     @property
     def enabled(self) -> bool:
         return bool(self.modes)
+
+    @property
+    def algorithms(self) -> tuple[str, ...]:
+        return tuple(sorted(self._keys))
 
     def authenticate(
         self,
@@ -85,7 +122,7 @@ class Authenticator:
         raise Unauthorized("missing credentials")
 
     def check_api_key(self, key: str) -> Principal:
-        given = key.encode()
+        given = _digest(key)
         # compare_digest against every key: the time taken does not reveal which one matched.
         matched = False
         for known in self._api_keys:
@@ -96,18 +133,15 @@ class Authenticator:
 
     def check_jwt(self, token: str) -> Principal:
         try:
-            header = jwt.get_unverified_header(token)
-            alg = header.get("alg")
-            if alg in HMAC_ALGORITHMS and self._secret:
-                key, algorithms = self._secret, list(HMAC_ALGORITHMS)
-            elif alg in PUBLIC_KEY_ALGORITHMS and self._public_key:
-                key, algorithms = self._public_key, list(PUBLIC_KEY_ALGORITHMS)
-            else:
-                raise Unauthorized(f"token algorithm {alg!r} not accepted")
+            alg = jwt.get_unverified_header(token).get("alg")
+            if not isinstance(alg, str) or alg not in self._keys:
+                shown = alg[:20] if isinstance(alg, str) else type(alg).__name__
+                raise Unauthorized(f"token algorithm {shown!r} not accepted")
+            key = self._keys[alg]
             claims = jwt.decode(
                 token,
                 key,
-                algorithms=algorithms,
+                algorithms=[alg],
                 audience=self._audience,
                 issuer=self._issuer,
                 leeway=self._leeway,
@@ -115,7 +149,7 @@ class Authenticator:
             )
         except jwt.ExpiredSignatureError:
             raise Unauthorized("token expired") from None
-        except jwt.InvalidTokenError as exc:
+        except jwt.PyJWTError as exc:  # InvalidKeyError is not an InvalidTokenError
             raise Unauthorized(f"invalid token: {_short(exc)}") from None
         channels = claims.get("channels")
         if channels is not None and (
@@ -123,12 +157,21 @@ class Authenticator:
         ):
             raise Unauthorized("invalid token: channels must be a list of names")
         exp = claims.get("exp")
+        try:
+            # PyJWT accepts the token up to exp + leeway; the connection lives as long.
+            expires_at = float(exp) + self._leeway if isinstance(exp, int | float) else None
+        except OverflowError:
+            raise Unauthorized("invalid token: exp out of range") from None
         return Principal(
-            subject=str(claims["sub"]),
+            subject=claims["sub"],
             method="jwt",
             channels=tuple(channels) if channels is not None else None,
-            expires_at=float(exp) if isinstance(exp, int | float) else None,
+            expires_at=expires_at,
         )
+
+
+def _digest(key: str) -> bytes:
+    return hashlib.sha256(key.encode("utf-8", "surrogateescape")).digest()
 
 
 def _find_token(

@@ -1,25 +1,30 @@
 """`ws-service`: serve, check, token and client.
 
-Exit codes: 0 fine; 1 a problem found (check) or the server closed with an error code
-(client); 2 bad configuration or usage; 3 the handshake was refused (client).
+Exit codes: 0 fine; 1 a problem found (check), or the server closed with an error code or the
+connection was lost (client); 2 bad configuration or usage; 3 the handshake was refused
+(client); 4 the server could not be reached (client).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
+from .closecodes import CloseCode
 from .errors import ConfigError
 from .settings import Settings, load_settings, validated
 
 EXIT_PROBLEM = 1
 EXIT_CONFIG = 2
 EXIT_REFUSED = 3
+EXIT_UNREACHABLE = 4
 
 
 def _settings_or_exit(*, check_problems: bool = True) -> Settings:
@@ -48,41 +53,120 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    """Like `nginx -t`: every problem on its own line, the effective settings, the broker."""
+    """Like `nginx -t`: the effective settings, every problem on its own line, the broker."""
+    scrub = secret_scrubber(os.environ)
     try:
         settings = load_settings()
     except ConfigError as exc:
-        for line in exc.lines:
-            print(f"error: {line}")
-        print(f"configuration has {len(exc.lines)} problem(s)")
-        return EXIT_PROBLEM
-    problems = settings.problems()
+        return _report([], exc.lines, scrub)
     if not args.quiet:
         for name, value in settings.masked().items():
-            print(f"{name}={value}")
+            shown = json.dumps(value) if value != value.strip() else value
+            print(scrub(f"{name}={shown}"))
+    problems = settings.problems() + _file_problems(settings)
+    warnings = _warnings(settings)
+    broker = asyncio.run(_check_broker(settings, seconds=args.timeout))
+    if broker.startswith("WS_BROKER_URL:"):
+        problems.append(broker)
+    elif not args.quiet:
+        print(scrub(broker))
+    return _report(warnings, problems, scrub)
+
+
+def _report(warnings: list[str], problems: list[str], scrub: Callable[[str], str]) -> int:
+    for line in warnings:
+        print(scrub(f"warning: {line}"), file=sys.stderr)
     for line in problems:
-        print(f"error: {line}")
-    broker_problem = asyncio.run(_check_broker(settings, seconds=args.timeout))
-    if broker_problem:
-        print(f"error: WS_BROKER_URL: {broker_problem}")
-        problems.append(broker_problem)
+        print(scrub(f"error: {line}"), file=sys.stderr)
     if problems:
-        print(f"configuration has {len(problems)} problem(s)")
+        print(f"configuration has {len(problems)} problem(s)", file=sys.stderr)
         return EXIT_PROBLEM
     print("configuration ok")
     return 0
 
 
+def _file_problems(settings: Settings) -> list[str]:
+    """What only reading the files tells: a JWT key that does not load, a bad TLS pair."""
+    from .auth import Authenticator
+
+    found: list[str] = []
+    if settings.jwt_public_key_file is not None:
+        try:
+            Authenticator(modes=(), jwt_public_key_file=settings.jwt_public_key_file)
+        except ConfigError as exc:
+            found.extend(exc.lines)
+    if settings.ssl_certfile is not None and settings.ssl_keyfile is not None:
+        import ssl
+
+        try:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(settings.ssl_certfile, settings.ssl_keyfile)
+        except (OSError, ssl.SSLError) as exc:
+            found.append(f"WS_SSL_CERTFILE, WS_SSL_KEYFILE: cannot load the pair: {exc}")
+    return found
+
+
+def _warnings(settings: Settings) -> list[str]:
+    """Allowed, and worth a second look."""
+    found: list[str] = []
+    if not settings.auth_enabled and settings.env != "production":  # production: a problem
+        found.append("WS_AUTH_MODE: none: any client may connect and publish")
+    if not settings.ping_interval:
+        found.append("WS_PING_INTERVAL: 0: dead peers are noticed only by TCP, after minutes")
+    return found
+
+
 async def _check_broker(settings: Settings, *, seconds: float) -> str:
+    """A line saying the broker answers, or a problem line naming WS_BROKER_URL."""
     from .pubsub import broker_from_url
     from .settings import mask_url
 
-    broker = broker_from_url(settings.broker_url, prefix=settings.redis_prefix)
+    shown = mask_url(settings.broker_url)
+    if settings.broker_is_memory:
+        return f"broker {shown}: in-process, nothing to reach"
+    started = time.monotonic()
     try:
+        broker = broker_from_url(settings.broker_url, prefix=settings.redis_prefix)
         await asyncio.wait_for(broker.ping(), seconds)
     except Exception as exc:
-        return f"{mask_url(settings.broker_url)} does not answer: {type(exc).__name__}: {exc}"
-    return ""
+        detail = str(exc) or type(exc).__name__
+        return f"WS_BROKER_URL: {shown} does not answer: {detail}"
+    return f"broker {shown}: answers in {(time.monotonic() - started) * 1000:.1f} ms"
+
+
+def secret_scrubber(environ: Mapping[str, str]) -> Callable[[str], str]:
+    """A function that cuts every configured secret out of a line.
+
+    Belt and braces for `check`: the values come from the environment and the env file, so a
+    secret is removed even from a problem line about a value that did not parse.
+    """
+    from urllib.parse import urlsplit
+
+    from dotenv import dotenv_values
+
+    from .redaction import redact
+
+    sources = [dict(environ)]
+    env_file = environ.get("WS_ENV_FILE") or ".env"
+    if os.path.isfile(env_file):
+        sources.append({k: v or "" for k, v in dotenv_values(env_file).items()})
+    secrets: set[str] = set()
+    for source in sources:
+        secrets.add(source.get("WS_JWT_SECRET", ""))
+        secrets.update(source.get("WS_API_KEYS", "").split(","))
+        try:
+            secrets.add(urlsplit(source.get("WS_BROKER_URL", "")).password or "")
+        except ValueError:
+            pass
+    # Too short to cut without mangling the line; such a secret fails `check` anyway.
+    cut = sorted((s.strip() for s in secrets if len(s.strip()) >= 4), key=len, reverse=True)
+
+    def scrub(line: str) -> str:
+        for secret in cut:
+            line = line.replace(secret, "****")
+        return redact(line)
+
+    return scrub
 
 
 def cmd_token(args: argparse.Namespace) -> int:
@@ -107,11 +191,16 @@ def cmd_token(args: argparse.Namespace) -> int:
 
 def cmd_client(args: argparse.Namespace) -> int:
     """A wscat-like line client: stdin lines out, received messages printed one per line."""
-    from websockets.exceptions import ConnectionClosed, InvalidStatus
+    from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
     from websockets.sync.client import connect
 
-    headers = dict(h.split(":", 1) for h in args.header)
-    headers = {k.strip(): v.strip() for k, v in headers.items()}
+    headers: dict[str, str] = {}
+    for header in args.header:
+        name, sep, value = header.partition(":")
+        if not sep or not name.strip():
+            print(f"ws-service: --header {header!r}: expected 'Name: value'", file=sys.stderr)
+            return EXIT_CONFIG
+        headers[name.strip()] = value.strip()
     if args.token:
         headers["Authorization"] = f"Bearer {args.token}"
     if args.api_key:
@@ -124,13 +213,16 @@ def cmd_client(args: argparse.Namespace) -> int:
             max_size=None,
             compression=None,
         )
+    except InvalidURI as exc:
+        print(f"ws-service: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
     except InvalidStatus as exc:
         body = exc.response.body.decode(errors="replace").strip() if exc.response.body else ""
-        print(f"refused: HTTP {exc.response.status_code} {body}", file=sys.stderr)
+        print(f"refused: HTTP {exc.response.status_code} {body}".rstrip(), file=sys.stderr)
         return EXIT_REFUSED
-    except (OSError, TimeoutError) as exc:
+    except (OSError, TimeoutError, InvalidHandshake) as exc:
         print(f"cannot connect: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
+        return EXIT_UNREACHABLE
 
     def printer() -> None:
         try:
@@ -144,18 +236,32 @@ def cmd_client(args: argparse.Namespace) -> int:
     reader.start()
     try:
         for line in sys.stdin:
-            ws.send(line.rstrip("\n"))
-        reader.join(args.wait)
-        ws.close(1000)
+            ws.send(line.rstrip("\r\n"))
+        reader.join(args.wait)  # replies still on their way
+        ws.close(CloseCode.NORMAL)
     except ConnectionClosed:
-        pass
+        pass  # the server closed first: its close frame says why
+    except KeyboardInterrupt:
+        ws.close(CloseCode.NORMAL)
     reader.join(args.timeout)
-    received = ws.protocol.close_rcvd
-    if received is not None and received.code not in (1000, 1001, 1012):
-        print(f"closed by server: {received.code} {received.reason}", file=sys.stderr)
-        return EXIT_PROBLEM
-    if received is None and ws.protocol.close_sent is None:
-        print("connection lost without a close frame", file=sys.stderr)
+    return _closing_status(ws.protocol.close_rcvd, ws.protocol.close_sent)
+
+
+def _closing_status(received: Any, sent: Any) -> int:
+    """0 for a normal end; 1, with the code on stderr, when the server closed with an error."""
+    if received is None:
+        if sent is None:
+            print("connection lost without a close frame", file=sys.stderr)
+            return EXIT_PROBLEM
+        return 0  # we closed and the peer went away without answering: our close stands
+    code = received.code
+    try:
+        is_error = CloseCode(code).is_error
+    except ValueError:  # a code we never send (1002, 1007, 4xxx...): not a normal end
+        is_error = code != CloseCode.NORMAL
+    if is_error:
+        reason = f" {received.reason}" if received.reason else ""
+        print(f"closed by server: {code}{reason}", file=sys.stderr)
         return EXIT_PROBLEM
     return 0
 

@@ -12,6 +12,7 @@ peer that does not read cannot finish, so every close we start is aborted after 
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import logging
 import random
@@ -19,6 +20,8 @@ from collections.abc import Callable
 from typing import Any
 
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.protocol import Protocol as WsProtocol
+from websockets.protocol import State
 
 from .closecodes import CloseCode
 from .errors import ConnectionClosing, SlowConsumer
@@ -31,6 +34,38 @@ CLOSE_DEADLINE = 5.0
 MessageHandler = Callable[[bytes, bool], None]
 
 
+class Inbox:
+    """The three asyncio.Queue methods uvicorn uses, without the Queue's four deques and Event.
+
+    On the direct path the app task only ever waits here for the disconnect event, so a full
+    asyncio.Queue per idle connection (about 2.5 KiB) buys nothing.
+    """
+
+    __slots__ = ("_items", "_waiter")
+
+    def __init__(self) -> None:
+        self._items: list[Any] = []
+        self._waiter: asyncio.Future[None] | None = None
+
+    def put_nowait(self, item: Any) -> None:
+        self._items.append(item)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def get(self) -> Any:
+        while not self._items:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        return self._items.pop(0)
+
+    def empty(self) -> bool:
+        return not self._items
+
+
 class DirectWebSocketProtocol(WebSocketsSansIOProtocol):
     """websockets-sansio plus `attach()`, `write_frame()` and `close_now()` for the hub."""
 
@@ -38,6 +73,7 @@ class DirectWebSocketProtocol(WebSocketsSansIOProtocol):
         super().__init__(*args, **kwargs)
         # websockets logs "connection open" at INFO for every client; our own line says more.
         self.conn.logger = _QUIET
+        self.queue = Inbox()  # type: ignore[assignment]
         self.on_message: MessageHandler | None = None
         self.backlog: collections.deque[bytes] | None = None  # None while the socket is writable
         self.backlog_limit = 1000
@@ -54,10 +90,29 @@ class DirectWebSocketProtocol(WebSocketsSansIOProtocol):
 
     async def send(self, message: Any) -> None:
         await super().send(message)
+        if message["type"] == "websocket.accept":
+            # The parsed handshake (two header maps) is dead weight for the connection's life.
+            self.request = self.response = None  # type: ignore[assignment]
+            self._restart_frame_parser()
+            return
         # uvicorn logs "returned without completing handshake" after every denial response:
         # noise any client could trigger at will. A denial is a complete answer.
         if message["type"] == "websocket.http.response.body" and not message.get("more_body"):
             self.handshake_complete = True
+
+    def _restart_frame_parser(self) -> None:
+        """Swap websockets' handshake parser for a plain frame parser.
+
+        ServerProtocol.parse() keeps the parsed request in its generator frame for the whole
+        connection (about 2.5 KiB). A fresh Protocol.parse() at the same point, the top of the
+        frame loop with nothing buffered, parses identically without it.
+        """
+        conn = self.conn
+        if conn.reader.buffer or conn.state is not State.OPEN:
+            return  # a client that pipelined frames: leave its parser be
+        old, conn.parser = conn.parser, WsProtocol.parse(conn)
+        next(conn.parser)
+        old.close()
 
     # Direct path
 

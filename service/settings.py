@@ -194,6 +194,17 @@ class Settings(BaseSettings):
                 f"WS_MAX_MESSAGE_BYTES: {self.max_message_bytes} is above 16 MiB, "
                 "an easy memory DoS"
             )
+        if self.log_level == "trace":
+            found.append("WS_LOG_LEVEL: trace logs raw request headers, credentials included")
+        if "*" in self.forwarded_allow_ips and self.host not in ("127.0.0.1", "::1", "localhost"):
+            found.append(
+                "WS_FORWARDED_ALLOW_IPS: * on a public bind lets any client forge "
+                "X-Forwarded-For (and dodge WS_MAX_CONNECTIONS_PER_IP); list the proxy addresses"
+            )
+        if self.ssl_keyfile is not None and self.ssl_keyfile.stat().st_mode & 0o004:
+            found.append(
+                f"WS_SSL_KEYFILE: {self.ssl_keyfile} is readable by every user (chmod 600)"
+            )
         return found
 
     def masked(self) -> dict[str, str]:

@@ -69,12 +69,14 @@ class WebSocketEndpoint:
         except HandshakeRefused as refusal:
             runtime.stats.rejected[refusal.reason] += 1
             log.info(
-                "handshake refused status=%d reason=%s detail=%r client=%s path=%s",
-                refusal.status,
-                refusal.reason,
-                refusal.detail,
-                client,
-                scope["path"],
+                "handshake refused",
+                extra={
+                    "status": refusal.status,
+                    "reason": refusal.reason,
+                    "detail": refusal.detail,
+                    "client": client,
+                    "path": scope["path"],
+                },
             )
             await deny(scope, send, refusal)
             return
@@ -113,7 +115,8 @@ class WebSocketEndpoint:
         stats.connections_active += 1
         stats.connections_total += 1
         log.info(
-            "connection opened conn=%s client=%s path=%s", session.conn_id, client, session.path
+            "connection opened",
+            extra={"conn": session.conn_id, "client": client, "path": session.path},
         )
         expiry = None
         if expires_at is not None:
@@ -131,7 +134,7 @@ class WebSocketEndpoint:
                 stats.slow_consumers += 1
             await link.close(code, reason)
         except Exception:
-            log.exception("connection failed conn=%s", session.conn_id)
+            log.exception("connection failed", extra={"conn": session.conn_id})
             code = CloseCode.INTERNAL_ERROR
             await link.close(code)
         finally:
@@ -143,11 +146,13 @@ class WebSocketEndpoint:
             stats.connections_active -= 1
             stats.closes[code] += 1
             log.info(
-                "connection closed conn=%s code=%d reason=%r duration=%.1fs",
-                session.conn_id,
-                code,
-                reason,
-                time.monotonic() - session.opened_at,
+                "connection closed",
+                extra={
+                    "conn": session.conn_id,
+                    "code": int(code),
+                    "reason": reason,
+                    "duration": round(time.monotonic() - session.opened_at, 3),
+                },
             )
 
 
@@ -161,3 +166,28 @@ class UnknownWebSocketPath:
         await receive()
         self.runtime.stats.rejected["not_found"] += 1
         await deny(scope, send, NotFound(f"no WebSocket endpoint at {scope['path'][:100]!r}"))
+
+
+CHANNEL_PREFIX = "/ws/channels/"
+
+
+class WebSocketDispatch:
+    """Find the endpoint of a WebSocket path with two string operations instead of a regex
+    walk, for the app to call before FastAPI's middleware stack (see app.py)."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.echo = WebSocketEndpoint(runtime, mode="echo")
+        self.broadcast = WebSocketEndpoint(runtime, mode="broadcast")
+        self.channel = WebSocketEndpoint(runtime, mode="channel")
+        self.unknown = UnknownWebSocketPath(runtime)
+
+    def match(self, scope: Scope) -> WebSocketEndpoint | None:
+        path = scope["path"]
+        if path == "/ws":
+            return self.echo
+        if path == "/ws/broadcast":
+            return self.broadcast
+        if path.startswith(CHANNEL_PREFIX) and "/" not in path[len(CHANNEL_PREFIX) :]:
+            scope["path_params"] = {"channel": path[len(CHANNEL_PREFIX) :]}
+            return self.channel
+        return None
