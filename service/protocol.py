@@ -78,6 +78,7 @@ class DirectWebSocketProtocol(WebSocketsSansIOProtocol):
         self.backlog: collections.deque[bytes] | None = None  # None while the socket is writable
         self.backlog_limit = 1000
         self.failure: BaseException | None = None
+        self.cork: list[bytes] | None = None
         self.abort_timer: Any = None
 
     # Handshake
@@ -125,6 +126,13 @@ class DirectWebSocketProtocol(WebSocketsSansIOProtocol):
         """Queue one pre-built frame; False when closing. Never waits for the peer."""
         if self.close_sent or self.disconnected:
             return False
+        cork = self.cork
+        if cork is not None:
+            cork.append(frame)
+            return True
+        return self._write(frame)
+
+    def _write(self, frame: bytes) -> bool:
         backlog = self.backlog
         if backlog is None:
             self.transport.write(frame)
@@ -134,6 +142,43 @@ class DirectWebSocketProtocol(WebSocketsSansIOProtocol):
             return False
         backlog.append(frame)
         return True
+
+    # Corking: replies produced while one chunk of input is handled leave in one write.
+    # A client with ten messages in flight gets ten echoes for one send() instead of ten;
+    # anything else we write in between (pong, close) flushes the cork first to keep order.
+
+    def data_received(self, data: bytes) -> None:
+        if self.on_message is None:
+            super().data_received(data)
+            return
+        self.cork = []
+        try:
+            super().data_received(data)
+        finally:
+            self.uncork()
+
+    def uncork(self) -> None:
+        cork, self.cork = self.cork, None
+        if not cork or self.close_sent or self.disconnected:
+            return
+        if self.backlog is None:
+            self.transport.write(cork[0] if len(cork) == 1 else b"".join(cork))
+            return
+        for frame in cork:
+            if not self._write(frame):
+                return
+
+    def handle_ping(self) -> None:
+        self.uncork()
+        super().handle_ping()
+
+    def handle_close(self, event: Any) -> None:
+        self.uncork()
+        super().handle_close(event)
+
+    def handle_parser_exception(self) -> None:
+        self.uncork()
+        super().handle_parser_exception()
 
     def pause_writing(self) -> None:
         super().pause_writing()
@@ -179,6 +224,7 @@ class DirectWebSocketProtocol(WebSocketsSansIOProtocol):
         """Send a close frame now, end the app's receive loop, and abort at the deadline."""
         if self.close_sent or self.disconnected or self.transport.is_closing():
             return
+        self.uncork()  # replies made before the failure still go first
         self.backlog = None  # what the peer has not taken yet is dropped with it
         self.conn.send_close(code, reason)
         self.transport.write(b"".join(self.conn.data_to_send()))
