@@ -12,17 +12,20 @@ import asyncio
 import logging
 from typing import Protocol
 
-from .messages import Message
+from .messages import Batch, Message
 from .pubsub.base import Broker
 from .stats import Stats
 
 log = logging.getLogger("service.hub")
 
+MAX_BATCH = 256
+"""Messages the pump takes from the broker at once when they are already waiting."""
+
 
 class Subscriber(Protocol):
     conn_id: str
 
-    def offer(self, message: Message) -> bool:
+    def offer(self, message: Message | Batch) -> bool:
         """Take `message` without awaiting; False when the connection is closing or closed."""
         ...
 
@@ -81,7 +84,7 @@ class Hub:
         self.stats.published += 1
         self.broker.publish(channel, message)
 
-    def deliver(self, channel: str, message: Message) -> int:
+    def deliver(self, channel: str, message: Message | Batch) -> int:
         """Hand `message` to this worker's subscribers of `channel`; returns how many took it."""
         subs = self._channels.get(channel)
         if not subs:
@@ -92,14 +95,30 @@ class Hub:
         for sub in subs:
             if sub.offer(message):
                 taken += 1
-        self.stats.messages_sent += taken
+        self.stats.messages_sent += taken * message.count
         return taken
+
+    def deliver_all(self, items: list[tuple[str, Message]]) -> None:
+        """Deliver what the pump found waiting: one batch per channel, order kept within it."""
+        if len(items) == 1:
+            self.deliver(*items[0])
+            return
+        by_channel: dict[str, list[Message]] = {}
+        for channel, message in items:
+            by_channel.setdefault(channel, []).append(message)
+        for channel, messages in by_channel.items():
+            self.deliver(channel, messages[0] if len(messages) == 1 else Batch(messages))
 
     async def _run_pump(self) -> None:
         broker = self.broker
         while True:
-            channel, message = await broker.next_published()
+            items = [await broker.next_published()]
+            while len(items) < MAX_BATCH:
+                item = broker.next_published_nowait()
+                if item is None:
+                    break
+                items.append(item)
             try:
-                self.deliver(channel, message)
+                self.deliver_all(items)
             except Exception:  # one bad subscriber must not stop delivery for everyone
-                log.exception("fan-out failed channel=%s", channel)
+                log.exception("fan-out failed")

@@ -17,7 +17,7 @@ from typing import Any
 
 from .closecodes import CloseCode
 from .errors import ConnectionClosing, SlowConsumer
-from .messages import Message
+from .messages import Batch, Message
 from .protocol import DirectWebSocketProtocol
 
 Receive = Callable[[], Any]
@@ -34,8 +34,8 @@ class DirectLink:
     def __init__(self, proto: DirectWebSocketProtocol) -> None:
         self.proto = proto
 
-    def offer(self, message: Message) -> bool:
-        return self.proto.write_frame(message.frame)
+    def offer(self, message: Message | Batch) -> bool:
+        return self.proto.write_frame(message.frame, message.count)
 
     def fail(self, exc: BaseException) -> None:
         self.proto.fail(exc)
@@ -73,13 +73,14 @@ class AsgiLink:
         self._failure: BaseException | None = None
         self._closed = False
 
-    def offer(self, message: Message) -> bool:
+    def offer(self, message: Message | Batch) -> bool:
         if self._closed or self._failure is not None:
             return False
-        if len(self._queue) >= self._limit:
+        messages = message.messages if isinstance(message, Batch) else (message,)
+        if len(self._queue) + len(messages) > self._limit:
             self.fail(SlowConsumer())
             return False
-        self._queue.append(message)
+        self._queue.extend(messages)
         self._ready.set()
         return True
 

@@ -77,6 +77,7 @@ class DirectWebSocketProtocol(WebSocketsSansIOProtocol):
         self.on_message: MessageHandler | None = None
         self.backlog: collections.deque[bytes] | None = None  # None while the socket is writable
         self.backlog_limit = 1000
+        self.backlog_count = 0  # messages in the backlog (a batch frame holds several)
         self.failure: BaseException | None = None
         self.cork: list[bytes] | None = None
         self.abort_timer: Any = None
@@ -122,22 +123,23 @@ class DirectWebSocketProtocol(WebSocketsSansIOProtocol):
         self.backlog_limit = backlog_limit
         self.on_message = on_message
 
-    def write_frame(self, frame: bytes) -> bool:
-        """Queue one pre-built frame; False when closing. Never waits for the peer."""
+    def write_frame(self, frame: bytes, count: int = 1) -> bool:
+        """Queue pre-built frames (`count` messages); False when closing. Never waits."""
         if self.close_sent or self.disconnected:
             return False
         cork = self.cork
         if cork is not None:
             cork.append(frame)
             return True
-        return self._write(frame)
+        return self._write(frame, count)
 
-    def _write(self, frame: bytes) -> bool:
+    def _write(self, frame: bytes, count: int = 1) -> bool:
         backlog = self.backlog
         if backlog is None:
             self.transport.write(frame)
             return True
-        if len(backlog) >= self.backlog_limit:
+        self.backlog_count += count
+        if self.backlog_count > self.backlog_limit:
             self.fail(SlowConsumer())
             return False
         backlog.append(frame)
@@ -184,6 +186,7 @@ class DirectWebSocketProtocol(WebSocketsSansIOProtocol):
         super().pause_writing()
         if self.backlog is None:
             self.backlog = collections.deque()
+            self.backlog_count = 0
 
     def resume_writing(self) -> None:
         super().resume_writing()

@@ -8,12 +8,12 @@ from typing import Protocol
 from .errors import MessageTooBig, PolicyViolation
 from .hub import Hub
 from .limits import TokenBucket
-from .messages import Message
+from .messages import Batch, Message
 from .stats import Stats
 
 
 class Link(Protocol):
-    def offer(self, message: Message) -> bool: ...
+    def offer(self, message: Message | Batch) -> bool: ...
 
     def fail(self, exc: BaseException) -> None: ...
 
@@ -61,7 +61,7 @@ class Session:
         self.bucket = bucket
         self.opened_at = time.monotonic()
 
-    def offer(self, message: Message) -> bool:
+    def offer(self, message: Message | Batch) -> bool:
         return self.link.offer(message)
 
     def on_message(self, data: bytes, is_text: bool) -> None:

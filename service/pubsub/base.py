@@ -60,5 +60,9 @@ class Broker(abc.ABC):
     async def next_published(self) -> tuple[str, Message]:
         """The next (channel, message) for this worker, in the broker's one order."""
 
+    def next_published_nowait(self) -> tuple[str, Message] | None:
+        """The next (channel, message) if one is already waiting, else None (for batching)."""
+        return None
+
     async def ping(self) -> None:  # noqa: B027 - optional hook with a sensible default
         """Raise when the backend does not answer (used by `ws-service check`)."""

@@ -41,3 +41,9 @@ class MemoryBroker(Broker):
 
     async def next_published(self) -> tuple[str, Message]:
         return await self._queue.get()
+
+    def next_published_nowait(self) -> tuple[str, Message] | None:
+        try:
+            return self._queue.get_nowait()
+        except asyncio.QueueEmpty:
+            return None

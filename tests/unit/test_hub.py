@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from service.hub import Hub
-from service.messages import Message
+from service.messages import Batch, Message
 from service.pubsub.base import BrokerState
 from service.pubsub.memory import MemoryBroker
 from service.stats import Stats
@@ -19,10 +19,11 @@ class Recorder:
         self.limit = limit
         self.got: list[bytes] = []
 
-    def offer(self, message: Message) -> bool:
-        if len(self.got) >= self.limit:
+    def offer(self, message: Message | Batch) -> bool:
+        messages = message.messages if isinstance(message, Batch) else [message]
+        if len(self.got) + len(messages) > self.limit:
             return False
-        self.got.append(message.data)
+        self.got.extend(m.data for m in messages)
         return True
 
 
@@ -76,7 +77,7 @@ async def test_a_refusing_subscriber_does_not_stop_the_others() -> None:
     await hub.join("c", ok)
     for i in range(5):
         hub.publish("c", Message.of(str(i)))
-    await settle()
+        await settle()
     assert len(full.got) == 1 and len(ok.got) == 5
     await hub.stop()
 
@@ -108,3 +109,27 @@ async def test_memory_broker_is_up_once_connected() -> None:
     assert broker.state is BrokerState.CONNECTING and broker.problem
     await broker.connect()
     assert broker.state is BrokerState.UP and broker.problem == ""
+
+
+async def test_waiting_messages_are_batched_per_channel_in_order() -> None:
+    """Messages already queued reach a subscriber as one batch, in publish order."""
+    hub = await started_hub()
+    batches: list[int] = []
+
+    class Counting(Recorder):
+        def offer(self, message: Message | Batch) -> bool:
+            batches.append(message.count)
+            return super().offer(message)
+
+    a, b = Counting("a"), Recorder("b")
+    await hub.join("a", a)
+    await hub.join("b", b)
+    for i in range(10):
+        hub.publish("a", Message.of(f"a{i}"))
+        hub.publish("b", Message.of(f"b{i}"))
+    await settle()
+    assert a.got == [f"a{i}".encode() for i in range(10)]
+    assert b.got == [f"b{i}".encode() for i in range(10)]
+    assert batches == [10]  # one write for ten messages
+    assert hub.stats.messages_sent == 20
+    await hub.stop()
