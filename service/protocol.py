@@ -28,6 +28,8 @@ from .errors import ConnectionClosing, SlowConsumer
 
 EXTENSION = "ws.direct"
 _QUIET = logging.getLogger("service.protocol")
+_UVICORN_QUIET = logging.getLogger("uvicorn.error.websocket")
+_UVICORN_QUIET.setLevel(logging.WARNING)
 CLOSE_DEADLINE = 5.0
 """Seconds a started close may take before the socket is aborted (the peer is not reading)."""
 
@@ -71,8 +73,11 @@ class DirectWebSocketProtocol(WebSocketsSansIOProtocol):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        # websockets logs "connection open" at INFO for every client; our own line says more.
+        # websockets logs "connection open" and uvicorn '"WebSocket /ws" [accepted]' at INFO
+        # for every client: our own "connection opened/closed/refused" lines say more, once.
+        # Errors still reach uvicorn.error's handlers through the child logger.
         self.conn.logger = _QUIET
+        self.logger = _UVICORN_QUIET
         self.queue = Inbox()  # type: ignore[assignment]
         self.on_message: MessageHandler | None = None
         self.backlog: collections.deque[bytes] | None = None  # None while the socket is writable
