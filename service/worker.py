@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
-import ctypes.util
 import logging
 import signal
 import sys
@@ -43,7 +42,7 @@ def die_with_parent(sig: int = signal.SIGTERM) -> None:
     drain like on any stop: their clients get 1012 and reconnect to the new master's workers.
     """
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc = ctypes.CDLL(None, use_errno=True)  # the loaded libc; no ldconfig subprocess
         libc.prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0)
     except (OSError, AttributeError):  # not Linux: nothing to ask for
         pass
@@ -107,7 +106,7 @@ class DrainingServer(Server):
         budget = self.config.timeout_graceful_shutdown
         if budget is not None:
             self.config.timeout_graceful_shutdown = max(1, int(budget - spent))
-        # The listeners are closed already (closing them again would log EBADF).
+        # The listeners are closed already: nothing for uvicorn to close again.
         await super().shutdown(sockets=None)
 
     async def finish_handshakes(self) -> int:
