@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import jwt
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
@@ -54,7 +55,10 @@ ANONYMOUS = Principal(subject="anonymous", method="none")
 
 def public_key_algorithm(pem: bytes) -> tuple[str, Any]:
     """The one algorithm a PEM public key may verify, and the loaded key; ValueError if none."""
-    key = load_pem_public_key(pem)
+    try:
+        key = load_pem_public_key(pem)
+    except (ValueError, UnsupportedAlgorithm):
+        raise ValueError("not a PEM public key (-----BEGIN PUBLIC KEY-----)") from None
     if isinstance(key, rsa.RSAPublicKey):
         return "RS256", key
     if isinstance(key, ec.EllipticCurvePublicKey) and isinstance(key.curve, ec.SECP256R1):
@@ -109,6 +113,16 @@ class Authenticator:
         query: Mapping[str, str],
         subprotocols: Sequence[str] = (),
     ) -> Principal:
+        principal = self._identify(headers, query, subprotocols)
+        # A browser that offered `bearer` fails the handshake unless it is selected, whatever
+        # the auth mode (Chrome: "no response was received" for the protocol it sent).
+        if BEARER_SUBPROTOCOL in subprotocols:
+            return dataclasses.replace(principal, subprotocol=BEARER_SUBPROTOCOL)
+        return principal
+
+    def _identify(
+        self, headers: Mapping[str, str], query: Mapping[str, str], subprotocols: Sequence[str]
+    ) -> Principal:
         if not self.modes:
             return ANONYMOUS
         if "api_key" in self.modes:
@@ -116,9 +130,9 @@ class Authenticator:
             if key:
                 return self.check_api_key(key)
         if "jwt" in self.modes:
-            token, subprotocol = _find_token(headers, query, subprotocols)
+            token = _find_token(headers, query, subprotocols)
             if token:
-                return dataclasses.replace(self.check_jwt(token), subprotocol=subprotocol)
+                return self.check_jwt(token)
         raise Unauthorized("missing credentials")
 
     def check_api_key(self, key: str) -> Principal:
@@ -176,16 +190,16 @@ def _digest(key: str) -> bytes:
 
 def _find_token(
     headers: Mapping[str, str], query: Mapping[str, str], subprotocols: Sequence[str]
-) -> tuple[str, str | None]:
+) -> str:
     authorization = headers.get("authorization", "")
     scheme, _, value = authorization.partition(" ")
     if scheme.lower() == "bearer" and value.strip():
-        return value.strip(), None
+        return value.strip()
     if BEARER_SUBPROTOCOL in subprotocols:
         index = list(subprotocols).index(BEARER_SUBPROTOCOL)
         if index + 1 < len(subprotocols):
-            return subprotocols[index + 1], BEARER_SUBPROTOCOL
-    return query.get("token", ""), None
+            return subprotocols[index + 1]
+    return query.get("token", "")
 
 
 def _short(exc: Exception) -> str:

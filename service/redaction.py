@@ -110,19 +110,18 @@ def install_record_factory() -> None:
     """Redact every record when it is made, whichever handler ends up writing it.
 
     A handler filter only sees the handlers we configured; uvicorn-worker hands uvicorn's
-    loggers gunicorn's own handlers (the "WebSocket /ws?token=..." line goes there), and
-    anything else may add one. Idempotent; forked workers inherit it.
+    loggers gunicorn's own handlers, and anything else may add one. Installing again (a
+    gunicorn reload re-imports this module) replaces the previous copy instead of stacking.
     """
     current = logging.getLogRecordFactory()
-    if getattr(current, "redacting", False):
-        return
+    base = getattr(current, "redaction_base", current)
 
     def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
-        record = current(*args, **kwargs)
+        record = base(*args, **kwargs)
         redact_record(record)
         return record
 
-    factory.redacting = True  # type: ignore[attr-defined]
+    factory.redaction_base = base  # type: ignore[attr-defined]
     logging.setLogRecordFactory(factory)
 
 

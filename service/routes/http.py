@@ -6,6 +6,7 @@ from importlib import resources
 
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
+from starlette.requests import ClientDisconnect
 
 from ..channels import check_name
 from ..errors import ChannelNotPermitted, PayloadTooLarge, Unavailable
@@ -65,10 +66,15 @@ def http_router(runtime: Runtime) -> APIRouter:
         if declared is not None and declared.isdigit() and int(declared) > limit:
             raise PayloadTooLarge(f"body of {declared} bytes, limit {limit}")
         body = bytearray()
-        async for chunk in request.stream():  # bounded: never holds more than the limit
-            body += chunk
-            if len(body) > limit:
-                raise PayloadTooLarge(f"body over {limit} bytes")
+        try:
+            async for chunk in request.stream():  # bounded: never holds more than the limit
+                body += chunk
+                if len(body) > limit:
+                    raise PayloadTooLarge(f"body over {limit} bytes")
+        except ClientDisconnect:
+            # Left mid-body: nothing to publish and no one to answer. Not an error to log
+            # with a traceback (any client could flood the log that way).
+            return JSONResponse({"error": "client_disconnected"}, status_code=400)
         content_type = request.headers.get("content-type", "")
         is_text = content_type.startswith("text/")
         if is_text:
