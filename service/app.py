@@ -97,7 +97,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await sync.stop()
             await runtime.stop()
 
-    app = WebSocketService(title="ws-service", version=__version__, lifespan=lifespan)
+    # The interactive API docs load Swagger UI from a CDN and describe the attack surface:
+    # development only.
+    dev = settings.env != "production"
+    app = WebSocketService(
+        title="ws-service",
+        version=__version__,
+        lifespan=lifespan,
+        docs_url="/docs" if dev else None,
+        redoc_url="/redoc" if dev else None,
+        openapi_url="/openapi.json" if dev else None,
+    )
     app.state.runtime = runtime
     app.state.settings = settings
 

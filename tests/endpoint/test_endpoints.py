@@ -170,3 +170,11 @@ def test_demo_page_is_served(client: TestClient) -> None:
     response = client.get("/demo")
     assert response.status_code == 200 and "<html" in response.text.lower()
     assert "http://" not in response.text and "https://" not in response.text
+
+
+def test_api_docs_are_off_in_production(make_client: Callable[..., TestClient]) -> None:
+    """WS_ENV=production serves no /docs or /openapi.json (Swagger UI pulls from a CDN)."""
+    client = make_client(env="production", auth_mode="api_key", api_keys="k" * 20)
+    assert client.get("/docs").status_code == 404
+    assert client.get("/openapi.json").status_code == 404
+    assert make_client().get("/openapi.json").status_code == 200
