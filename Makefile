@@ -22,12 +22,12 @@ run: $(STAMP)
 	$(BIN)/ws-service serve
 
 lint: $(TEST_STAMP)
-	$(BIN)/ruff format --check service tests bench config
-	$(BIN)/ruff check service tests bench config
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
 
 format: $(TEST_STAMP)
-	$(BIN)/ruff format service tests bench config
-	$(BIN)/ruff check --fix service tests bench config
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
 
 typecheck: $(TEST_STAMP)
 	$(BIN)/mypy
