@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from collections.abc import Iterator
 from typing import Protocol
 
 from .messages import Batch, Message
@@ -60,6 +62,11 @@ class Hub:
     def subscribers(self, channel: str) -> int:
         return len(self._channels.get(channel, ()))
 
+    def local_subscribers(self) -> Iterator[Subscriber]:
+        """Every local subscriber, once per channel it is in (metrics samples their queues)."""
+        for subs in self._channels.values():
+            yield from subs
+
     async def join(self, channel: str, subscriber: Subscriber) -> None:
         subs = self._channels.get(channel)
         if subs is None:
@@ -95,7 +102,11 @@ class Hub:
         for sub in subs:
             if sub.offer(message):
                 taken += 1
-        self.stats.messages_sent += taken * message.count
+        stats = self.stats
+        stats.messages_sent += taken * message.count
+        # Publish-to-send latency, once per delivery: a batch is timed by its oldest message.
+        oldest = message.messages[0] if isinstance(message, Batch) else message
+        stats.delivery_latency.observe(time.time() - oldest.published_at)
         return taken
 
     def deliver_all(self, items: list[tuple[str, Message]]) -> None:

@@ -37,6 +37,12 @@ class DirectLink:
     def offer(self, message: Message | Batch) -> bool:
         return self.proto.write_frame(message.frame, message.count)
 
+    @property
+    def queue_depth(self) -> int:
+        """Messages waiting for the socket to drain (none while it is writable)."""
+        proto = self.proto
+        return proto.backlog_count if proto.backlog is not None else 0
+
     def fail(self, exc: BaseException) -> None:
         self.proto.fail(exc)
 
@@ -72,6 +78,10 @@ class AsgiLink:
         self._reader: asyncio.Task[Any] | None = None
         self._failure: BaseException | None = None
         self._closed = False
+
+    @property
+    def queue_depth(self) -> int:
+        return len(self._queue)
 
     def offer(self, message: Message | Batch) -> bool:
         if self._closed or self._failure is not None:

@@ -37,7 +37,14 @@ FIELDS_IN_MESSAGE = ("conn", "client", "path", "code", "reason", "channel", "sta
 
 _WORDS = re.compile(r"\b(" + "|".join(FIELDS_IN_MESSAGE) + r")=(\"[^\"]*\"|'[^']*'|[^\s,;]+)")
 _UVICORN_WEBSOCKET = '%s - "WebSocket %s"'
-_STANDARD = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
+# Record attributes that are not fields: logging's own, and uvicorn's ANSI-coloured copy of
+# its message.
+_STANDARD = frozenset(vars(logging.makeLogRecord({}))) | {
+    "message",
+    "asctime",
+    "taskName",
+    "color_message",
+}
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s"
 

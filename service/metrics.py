@@ -26,6 +26,7 @@ import logging
 import os
 import shutil
 import tempfile
+import time
 import weakref
 from collections.abc import Iterable
 from typing import Any
@@ -56,8 +57,9 @@ CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 SYNC_INTERVAL = 1.0
 """Seconds between a worker's syncs: how stale another worker's figures can be in a scrape."""
-QUEUE_SAMPLE = 5000
-"""Subscribers whose send queue is looked at per sync, so a sync stays well under 1 ms."""
+QUEUE_SAMPLE = 1000
+"""Subscribers whose send queue is looked at per sync (about 0.2 ms): the first ones in join
+order, so on a big worker a sample, not a census."""
 SIZE_BUCKETS = tuple(float(4**k) for k in range(2, 14))
 """16 B ... 64 MiB by powers of four (the largest WS_MAX_MESSAGE_BYTES allowed)."""
 STANDARD_CLOSE_CODES = range(1000, 1016)
@@ -71,9 +73,10 @@ client cannot create series at will."""
 def prepare_multiprocess() -> str:
     """Choose and empty the multiprocess directory; returns it (gunicorn's on_starting).
 
-    `PROMETHEUS_MULTIPROC_DIR` when set (the deploy files set it under the runtime dir),
-    else `$RUNTIME_DIRECTORY/metrics` under systemd, else a fresh private temp dir removed when
-    the master exits. The variable is set for the workers, which inherit the environment.
+    `PROMETHEUS_MULTIPROC_DIR` when set, else `$RUNTIME_DIRECTORY/metrics` under systemd
+    (`RuntimeDirectory=`: /run/ws/metrics with deploy/systemd/ws.service), else a fresh private
+    temp dir removed when the master exits. The variable is set for the workers, which inherit
+    the environment.
     """
     path = os.environ.get(MULTIPROC_ENV) or _default_dir()
     os.environ[MULTIPROC_ENV] = path
@@ -87,11 +90,18 @@ def prepare_multiprocess() -> str:
     return path
 
 
+PRIVATE_PREFIX = "ws-service-metrics-"
+
+
 def _default_dir() -> str:
     runtime_dir = os.environ.get("RUNTIME_DIRECTORY", "").split(":")[0]
     if runtime_dir:
         return os.path.join(runtime_dir, "metrics")
-    path = tempfile.mkdtemp(prefix="ws-service-metrics-")
+    # A master killed with SIGKILL never ran its atexit: its directory is removed here.
+    for old in glob.glob(os.path.join(tempfile.gettempdir(), PRIVATE_PREFIX + "*")):
+        if _abandoned(old):
+            shutil.rmtree(old, ignore_errors=True)
+    path = tempfile.mkdtemp(prefix=PRIVATE_PREFIX)
     atexit.register(_remove_private_dir, path, os.getpid())
     return path
 
@@ -99,13 +109,25 @@ def _default_dir() -> str:
 def _remove_private_dir(path: str, master_pid: int) -> None:
     # Workers inherit atexit handlers; only the master that made the directory removes it,
     # and not while a live process (a USR2 successor's workers) still writes there.
-    if os.getpid() != master_pid:
-        return
-    for name in os.listdir(path) if os.path.isdir(path) else ():
-        pid = name.rsplit("_", 1)[-1].removesuffix(".db")
-        if pid.isdigit() and int(pid) != master_pid and _alive(int(pid)):
-            return
-    shutil.rmtree(path, ignore_errors=True)
+    if os.getpid() == master_pid and os.path.isdir(path) and not _writers(path):
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _writers(path: str) -> set[int]:
+    """The live processes among those that left files in `path`."""
+    pids = {name.rsplit("_", 1)[-1].removesuffix(".db") for name in os.listdir(path)}
+    return {int(pid) for pid in pids if pid.isdigit() and _alive(int(pid))}
+
+
+def _abandoned(path: str, quiet: float = 60.0) -> bool:
+    """Our private directory of an instance that is gone: files, no writer, no recent write."""
+    try:
+        stats = [os.stat(f) for f in glob.glob(os.path.join(path, "*.db"))]
+        if not stats or os.stat(path).st_uid != os.getuid():
+            return False
+        return not _writers(path) and time.time() - max(s.st_mtime for s in stats) > quiet
+    except OSError:
+        return False
 
 
 def _alive(pid: int) -> bool:
@@ -172,6 +194,11 @@ class Exporter:
 
         self.connections_active = gauge(
             "ws_connections_active", "Open WebSocket connections.", "livesum"
+        )
+        self.connections_limit = gauge(
+            "ws_connections_limit",
+            "WS_MAX_CONNECTIONS summed over the live workers: the instance's capacity.",
+            "livesum",
         )
         self.connections_total = counter(
             "ws_connections_total", "WebSocket connections accepted since start."
@@ -260,6 +287,7 @@ class Exporter:
         for code in CloseCode:
             self.closes.labels(str(int(code)))
         self.workers.set(1)
+        self.connections_limit.set(runtime.max_connections)
         self.queue_limit.set(runtime.send_queue)
         self.build_info.labels(runtime.version).set(1)
 

@@ -17,6 +17,9 @@ class Link(Protocol):
 
     def fail(self, exc: BaseException) -> None: ...
 
+    @property
+    def queue_depth(self) -> int: ...
+
 
 class Session:
     """Echo (no channel) or publish to `channel`; receives fan-out through `offer()`."""
@@ -64,13 +67,20 @@ class Session:
     def offer(self, message: Message | Batch) -> bool:
         return self.link.offer(message)
 
+    @property
+    def queue_depth(self) -> int:
+        """Messages waiting for this client's socket (sampled by the metrics)."""
+        return self.link.queue_depth
+
     def on_message(self, data: bytes, is_text: bool) -> None:
         """Handle one inbound message; raises ConnectionClosing to end the connection."""
         stats = self.stats
+        size = len(data)
         stats.messages_received += 1
-        stats.bytes_received += len(data)
-        if len(data) > self.max_bytes:
-            raise MessageTooBig(f"message of {len(data)} bytes, limit {self.max_bytes}")
+        stats.bytes_received += size
+        stats.size_classes[(size - 1).bit_length()] += 1  # 2**(i-1) < size <= 2**i
+        if size > self.max_bytes:
+            raise MessageTooBig(f"message of {size} bytes, limit {self.max_bytes}")
         bucket = self.bucket
         if bucket is not None and not bucket.allow():
             raise PolicyViolation("rate limit exceeded")
