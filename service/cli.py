@@ -39,6 +39,11 @@ def _settings_or_exit(*, check_problems: bool = True) -> Settings:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     settings = _settings_or_exit()
+    file_problems = _file_problems(settings)  # a key or certificate that does not load
+    if file_problems:
+        for line in file_problems:
+            print(f"ws-service: {line}", file=sys.stderr)
+        return EXIT_CONFIG
     if settings.workers > 1:
         # Several workers are gunicorn's job; the same config file ops use.
         argv = ["gunicorn", "-c", "python:service.gunicorn_conf", "service.app:app"]

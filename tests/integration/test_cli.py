@@ -205,3 +205,16 @@ def test_client_bad_header_is_a_usage_error() -> None:
     """A --header without a colon is refused before connecting, exit 2."""
     result = ws_service("client", "ws://127.0.0.1:1/ws", "--header", "NoColonHere")
     assert result.returncode == 2 and "--header" in result.stderr
+
+
+def test_serve_refuses_a_key_file_that_does_not_load(tmp_path: Path) -> None:
+    """`ws-service serve` with an unreadable JWT key: one line naming it, exit 2, no traceback."""
+    key = tmp_path / "bad.pem"
+    key.write_text("not a key")
+    env = base_env({"WS_AUTH_MODE": "jwt", "WS_JWT_PUBLIC_KEY_FILE": str(key), "WS_PORT": "0"})
+    done = subprocess.run(
+        [str(BIN / "ws-service"), "serve"], env=env, capture_output=True, text=True, timeout=30
+    )
+    assert done.returncode == 2
+    assert done.stderr.startswith("ws-service: WS_JWT_PUBLIC_KEY_FILE:")
+    assert "Traceback" not in done.stderr
