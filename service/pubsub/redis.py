@@ -17,9 +17,10 @@ capped full-jitter exponential backoff (0.1 s doubling to 5 s), SUBSCRIBEs again
 channel still wanted (including those subscribed while it was down), and is UP again once
 Redis has answered after those SUBSCRIBEs. redis-py's own retries are off: they would hide an
 outage for seconds on the publish path. A silent network (no FIN, no RST) is caught by a PING
-after `health_interval` seconds of silence on the subscriber connection (redis-py's
+after `health_interval` to twice that of silence on the subscriber connection (redis-py's
 `health_check_interval` is off: its PING reply would be read as a message on a subscribed
-connection), and by `socket_timeout` on the publisher's replies.
+connection), and by `socket_timeout`, which bounds every other exchange with Redis: a
+connect (TCP, TLS, AUTH), a batch of PUBLISH and its replies, a SUBSCRIBE's confirmation.
 
 What happens to messages while Redis is unreachable (the decision, also in docs/redis.md):
 - `publish()` while DOWN hands the message to this worker's own subscribers only, at once, so
@@ -39,6 +40,7 @@ import asyncio
 import collections
 import contextlib
 import logging
+import math
 import random
 import time
 from typing import Any
@@ -58,11 +60,26 @@ _BATCH_BYTES = 1 << 20  # and about this many payload bytes
 _MAX_EXPONENT = 16  # 0.1 s * 2**16 is far beyond any sensible cap
 
 
+def _publish_command(channel: bytes, data: bytes) -> bytes:
+    """PUBLISH in RESP, built directly: redis-py's general packer costs more than the rest."""
+    return b"*3\r\n$7\r\nPUBLISH\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n" % (
+        len(channel),
+        channel,
+        len(data),
+        data,
+    )
+
+
 def safe_url(url: str) -> str:
     """The URL without user or password: what logs and /readyz may show."""
     parts = urlsplit(url)
     host = parts.hostname or "localhost"
-    port = parts.port or 6379
+    if ":" in host:  # IPv6
+        host = f"[{host}]"
+    try:
+        port = parts.port or 6379
+    except ValueError:
+        port = 6379
     return f"{parts.scheme}://{host}:{port}{parts.path}"
 
 
@@ -85,7 +102,9 @@ class RedisBroker(Broker):
         flush_timeout: float = 2.0,
     ) -> None:
         options: dict[str, Any] = {
-            "socket_timeout": socket_timeout,
+            # Each exchange gets our own timer instead: redis-py's socket timeout would wrap
+            # every write in a task of its own, a cost per PUBLISH batch.
+            "socket_timeout": None,
             "socket_connect_timeout": socket_timeout,
             "socket_keepalive": True,
             "retry": Retry(NoBackoff(), 0),  # one attempt: we own reconnection and its backoff
@@ -126,6 +145,7 @@ class RedisBroker(Broker):
         self._supervisor: asyncio.Task[None] | None = None
         self._publisher: asyncio.Task[None] | None = None
         self._down_since = 0.0
+        self._replies = 0  # replies read on the subscriber connection, for the watchdog
         self._outbox_full = False
 
         # Counters for /metrics (read as plain attributes, never reset).
@@ -212,10 +232,10 @@ class RedisBroker(Broker):
         waiters = self._confirm.setdefault(channel, collections.deque())
         waiters.append(waiter)
         try:
-            await conn.send_command(
-                "SUBSCRIBE", self._prefix + channel.encode(), check_health=False
-            )
             async with asyncio.timeout(self._socket_timeout):
+                await conn.send_command(
+                    "SUBSCRIBE", self._prefix + channel.encode(), check_health=False
+                )
                 await waiter
         except Exception as exc:
             # A broken connection is the supervisor's to notice; it subscribes again on
@@ -233,9 +253,10 @@ class RedisBroker(Broker):
         if conn is None or not conn.is_connected:
             return
         try:
-            await conn.send_command(
-                "UNSUBSCRIBE", self._prefix + channel.encode(), check_health=False
-            )
+            async with asyncio.timeout(self._socket_timeout):
+                await conn.send_command(
+                    "UNSUBSCRIBE", self._prefix + channel.encode(), check_health=False
+                )
         except Exception as exc:
             log.debug("unsubscribe not sent channel=%s: %s", channel, self._describe(exc))
 
@@ -263,6 +284,12 @@ class RedisBroker(Broker):
     async def next_published(self) -> tuple[str, Message]:
         return await self._inbound.get()
 
+    def next_published_nowait(self) -> tuple[str, Message] | None:
+        try:
+            return self._inbound.get_nowait()
+        except asyncio.QueueEmpty:
+            return None
+
     async def ping(self) -> None:
         """One PING on a fresh connection, within `socket_timeout`; raises when no PONG."""
         conn = self._connection_class(**self._options)
@@ -270,11 +297,12 @@ class RedisBroker(Broker):
             async with asyncio.timeout(self._socket_timeout):
                 await conn.connect()
                 await conn.send_command("PING", check_health=False)
-                reply = await conn.read_response()
+                reply = await conn.read_response(timeout=math.inf)
             if reply != b"PONG":
                 raise ConnectionError(f"unexpected reply to PING: {reply!r:.60}")
         finally:
-            await conn.disconnect(nowait=True)
+            with contextlib.suppress(Exception):
+                await conn.disconnect()
 
     # The supervisor: one connection pair at a time, backoff between them.
 
@@ -295,9 +323,11 @@ class RedisBroker(Broker):
         sub = self._connection_class(**self._options)
         fault: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         listener: asyncio.Task[None] | None = None
+        closing = False
         try:
-            await pub.connect()
-            await sub.connect()
+            for each in (pub, sub):
+                async with asyncio.timeout(self._socket_timeout):  # TCP, TLS, AUTH, SELECT
+                    await each.connect()
             self._fault = fault
             # From here subscribe() writes to `sub` itself; the snapshot taken in the same
             # step covers every channel wanted before, so none falls between the two.
@@ -306,14 +336,13 @@ class RedisBroker(Broker):
             if self._wanted:
                 commands.append(("SUBSCRIBE", *(self._prefix + c.encode() for c in self._wanted)))
             commands.append(("PING",))  # its answer means the SUBSCRIBEs are done: UP
-            await sub.send_packed_command(sub.pack_commands(commands), check_health=False)
+            async with asyncio.timeout(self._socket_timeout):
+                await sub.send_packed_command(sub.pack_commands(commands), check_health=False)
             listener = asyncio.create_task(self._listen(sub), name="redis-listener")
-            ends: set[asyncio.Future[Any]] = {listener, fault}
-            await asyncio.wait(ends, return_when=asyncio.FIRST_COMPLETED)
-            if fault.done():
-                return fault.result()
-            exc = listener.exception()
-            return self._describe(exc) if exc else "listener stopped"
+            return await self._watch(sub, listener, fault)
+        except asyncio.CancelledError:
+            closing = True
+            raise
         except Exception as exc:
             return self._describe(exc)
         finally:
@@ -323,23 +352,45 @@ class RedisBroker(Broker):
                 listener.cancel()
                 await asyncio.wait({listener})
             for conn in (sub, pub):
+                # Closing: a clean close (TLS close_notify included). Failing: the peer is
+                # gone or mute, waiting for it would only delay the reconnect.
                 with contextlib.suppress(Exception):
-                    await conn.disconnect(nowait=True)
+                    await conn.disconnect(nowait=not closing)
+
+    async def _watch(
+        self, conn: AbstractConnection, listener: asyncio.Task[None], fault: asyncio.Future[str]
+    ) -> str:
+        """Wait for the session to fail; PING after a silence, give up after two."""
+        ends: set[asyncio.Future[Any]] = {listener, fault}
+        heard = -1
+        pinged = False
+        while True:
+            await asyncio.wait(
+                ends, timeout=self._health_interval, return_when=asyncio.FIRST_COMPLETED
+            )
+            if fault.done():
+                return fault.result()
+            if listener.done():
+                exc = listener.exception()
+                return self._describe(exc) if exc else "listener stopped"
+            if self._replies != heard or self._inbound.full():  # alive, or we are the slow one
+                heard, pinged = self._replies, False
+            elif pinged:
+                return f"TimeoutError: no answer from redis in {2 * self._health_interval:g}s"
+            else:
+                pinged = True
+                async with asyncio.timeout(self._socket_timeout):
+                    await conn.send_command("PING", check_health=False)
 
     async def _listen(self, conn: AbstractConnection) -> None:
         prefix_len = len(self._prefix)
         inbound = self._inbound
-        silence = self._health_interval
-        pinged = False
         while True:
-            reply = await conn.read_response(timeout=silence, disconnect_on_error=False)
-            if reply is None:  # nothing for `silence` seconds: is anyone there?
-                if pinged:
-                    raise TimeoutError(f"no answer from redis in {2 * silence:g}s")
-                pinged = True
-                await conn.send_command("PING", check_health=False)
-                continue
-            pinged = False
+            # No timeout per read (a timer per message costs): _watch() minds the silences.
+            reply = await conn.read_response(
+                disable_decoding=True, timeout=math.inf, disconnect_on_error=False
+            )
+            self._replies += 1
             if type(reply) is not list:
                 if reply == b"PONG":  # not subscribed to anything: a plain PONG
                     self._set_up()
@@ -390,12 +441,13 @@ class RedisBroker(Broker):
 
     async def _send(self, conn: AbstractConnection, batch: list[tuple[str, Message]]) -> None:
         prefix = self._prefix
-        commands = [("PUBLISH", prefix + ch.encode(), msg.envelope()) for ch, msg in batch]
-        await conn.send_packed_command(conn.pack_commands(commands), check_health=False)
-        for _ in batch:
-            await conn.read_response(disable_decoding=True)  # socket_timeout bounds each
-            self.published += 1
-            self._in_flight -= 1
+        commands = [_publish_command(prefix + ch.encode(), msg.envelope()) for ch, msg in batch]
+        async with asyncio.timeout(self._socket_timeout):  # one timer for the whole batch
+            await conn.send_packed_command(commands, check_health=False)
+            for _ in batch:
+                await conn.read_response(disable_decoding=True, timeout=math.inf)
+                self.published += 1
+                self._in_flight -= 1
 
     # Transitions, each logged once.
 
@@ -474,7 +526,10 @@ class RedisBroker(Broker):
             )
 
     def _describe(self, exc: BaseException) -> str:
-        text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        detail = str(exc)
+        if not detail and isinstance(exc, TimeoutError):  # our own timers say nothing
+            detail = f"no answer from redis within {self._socket_timeout:g}s"
+        text = f"{type(exc).__name__}: {detail}" if detail else type(exc).__name__
         if self._password:
             text = text.replace(self._password, "****")
         return text[:300]
