@@ -100,6 +100,14 @@ control_socket_disable = True
 
 def on_starting(server: Any) -> None:
     """Master, once: a clean metrics directory before any worker exists."""
+    # `gunicorn -w N` overrides WS_WORKERS after Settings checked it: check again here.
+    if server.cfg.workers > 1 and _settings.broker_is_memory:
+        print(
+            f"ws-service: WS_BROKER_URL: memory:// works in one process only but gunicorn "
+            f"runs {server.cfg.workers} workers; use redis://host:port/db",
+            file=sys.stderr,
+        )
+        raise SystemExit(2)
     metrics.prepare_multiprocess()
 
 

@@ -110,6 +110,13 @@ class Settings(BaseSettings):
         scheme = urlsplit(value).scheme
         if scheme not in ("memory", "redis", "rediss"):
             raise ValueError(f"unsupported scheme {scheme!r}: use memory://, redis:// or rediss://")
+        if scheme != "memory":
+            from redis.asyncio.connection import parse_url
+
+            try:
+                parse_url(value)
+            except ValueError as exc:
+                raise ValueError(f"not a valid Redis URL: {exc}") from None
         return value
 
     @field_validator("log_level", "log_format", mode="before")
@@ -246,6 +253,8 @@ def _describe(error: dict[str, Any]) -> str:
         name = "WS_WORKERS (or WEB_CONCURRENCY)"
     message = error["msg"].removeprefix("Value error, ")
     given = error.get("input")
+    if name == "WS_BROKER_URL" and isinstance(given, str):
+        given = mask_url(given)
     if isinstance(given, str) and "secret" not in name.lower() and "key" not in name.lower():
         return f"{name}: {message} (got {given!r})"
     return f"{name}: {message}"

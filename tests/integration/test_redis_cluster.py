@@ -288,13 +288,19 @@ async def test_redis_killed_mid_traffic_then_restarted(redis_server: RedisServer
 
 
 @pytest.mark.parametrize(
-    "argv",
-    [[str(BIN / "ws-service"), "serve"], GUNICORN],
-    ids=["ws-service-serve", "gunicorn"],
+    ("argv", "workers"),
+    [
+        ([str(BIN / "ws-service"), "serve"], "3"),
+        (GUNICORN, "3"),
+        ([*GUNICORN[:1], "-w", "3", *GUNICORN[1:]], "1"),
+    ],
+    ids=["ws-service-serve", "gunicorn", "gunicorn-dash-w"],
 )
-def test_memory_broker_with_several_workers_is_refused(argv: list[str]) -> None:
-    """memory:// with WS_WORKERS=3 stops start-up with one line naming WS_BROKER_URL."""
-    env = base_env({"WS_WORKERS": "3", "WS_BROKER_URL": "memory://", "WS_PORT": str(free_port())})
+def test_memory_broker_with_several_workers_is_refused(argv: list[str], workers: str) -> None:
+    """memory:// with several workers (WS_WORKERS or gunicorn -w) stops with one line."""
+    env = base_env(
+        {"WS_WORKERS": workers, "WS_BROKER_URL": "memory://", "WS_PORT": str(free_port())}
+    )
     done = subprocess.run(
         argv, env=env, cwd=ROOT, capture_output=True, text=True, timeout=scaled(30)
     )

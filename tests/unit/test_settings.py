@@ -128,3 +128,13 @@ def test_masked_settings_hide_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
     assert "supersecretkey" not in text and "x" * 40 not in text and "hunter2" not in text
     assert shown["WS_BROKER_URL"] == "redis://user:****@redis.internal:6379/0"
     assert "WS_MAX_CONNECTIONS" in shown
+
+
+def test_a_bad_redis_url_is_one_line_without_its_password(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Redis URL that cannot be parsed is refused by name, with its password masked."""
+    monkeypatch.setenv("WS_BROKER_URL", "redis://user:hunter2@redis:abc/0")
+    with pytest.raises(ConfigError) as info:
+        load_settings()
+    (line,) = info.value.lines
+    assert line.startswith("WS_BROKER_URL: not a valid Redis URL")
+    assert "hunter2" not in line and "****" in line
