@@ -45,8 +45,6 @@ class Stats:
     bytes_received: int = 0
     published: int = 0
     slow_consumers: int = 0
-    broker_publish_errors: int = 0
-    broker_local_only: int = 0
     rejected: collections.Counter[str] = dataclasses.field(default_factory=collections.Counter)
     closes: collections.Counter[int] = dataclasses.field(default_factory=collections.Counter)
     # Inbound message sizes by power-of-two class (see SIZE_CLASSES); their sum is
