@@ -23,6 +23,7 @@ from tests.support import (
     BIN,
     ROOT,
     ServerProcess,
+    base_env,
     free_port,
     get_json,
     require_binary,
@@ -133,7 +134,7 @@ def test_env_example_names_every_setting_in_systemd_syntax(
 
 
 def test_unit_commands_serve_reload_and_stop(tmp_path: Path) -> None:
-    """ExecStart as written serves /healthz; ExecReload swaps the worker; KillSignal stops it."""
+    """ExecStartPre checks; ExecStart serves; ExecReload swaps the worker; KillSignal stops."""
     port = free_port()
     (tmp_path / "ws.env").write_text(
         f'WS_PORT={port}\nWS_GRACEFUL_TIMEOUT=10\nWS_DRAIN_SPREAD=0.5\nWS_ECHO_PREFIX="unit: "\n'
@@ -145,6 +146,22 @@ def test_unit_commands_serve_reload_and_stop(tmp_path: Path) -> None:
         if line and not line.startswith("#")
     )
     env = {k: v.strip('"') for k, v in env.items()}
+    pre = subprocess.run(
+        shlex.split(unit["ExecStartPre"]),
+        env=base_env(env),
+        capture_output=True,
+        text=True,
+        timeout=scaled(30),
+    )
+    assert pre.returncode == 0, pre.stdout + pre.stderr
+    bad = subprocess.run(
+        shlex.split(unit["ExecStartPre"]),
+        env=base_env({**env, "WS_PORT": "eighty"}),
+        capture_output=True,
+        text=True,
+        timeout=scaled(30),
+    )
+    assert bad.returncode == 1 and "WS_PORT" in bad.stderr  # a bad setting stops the start
     server = ServerProcess(
         env, port=port, argv=shlex.split(unit["ExecStart"]), cwd=Path(unit["WorkingDirectory"])
     )
