@@ -6,6 +6,7 @@ from typing import Any
 
 from .protocol import DirectWebSocketProtocol
 from .settings import Settings
+from .upgrade import UpgradeProtocol
 
 UVICORN_SHUTDOWN_MARGIN = 2
 """uvicorn's drain ends this many seconds before gunicorn's graceful_timeout kills the worker."""
@@ -15,7 +16,8 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
     """WebSocket and proxy options that `uvicorn.Config` takes, from one Settings."""
     return {
         "loop": "auto",
-        "http": "auto",
+        # uvicorn's own HTTP protocol ("auto") behind a shortcut for WebSocket handshakes.
+        "http": UpgradeProtocol,
         "ws": DirectWebSocketProtocol,
         "ws_max_size": settings.max_message_bytes,
         "ws_ping_interval": settings.ping_interval or None,

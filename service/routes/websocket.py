@@ -114,10 +114,11 @@ class WebSocketEndpoint:
         await send({"type": "websocket.accept", "subprotocol": subprotocol})
         stats.connections_active += 1
         stats.connections_total += 1
-        log.info(
-            "connection opened",
-            extra={"conn": session.conn_id, "client": client, "path": session.path},
-        )
+        if log.isEnabledFor(logging.INFO):  # the fields cost more than the check
+            log.info(
+                "connection opened",
+                extra={"conn": session.conn_id, "client": client, "path": session.path},
+            )
         expiry = None
         if expires_at is not None:
             delay = max(0.0, expires_at - time.time())
@@ -145,15 +146,16 @@ class WebSocketEndpoint:
             await link.stop()
             stats.connections_active -= 1
             stats.closes[code] += 1
-            log.info(
-                "connection closed",
-                extra={
-                    "conn": session.conn_id,
-                    "code": int(code),
-                    "reason": reason,
-                    "duration": round(time.monotonic() - session.opened_at, 3),
-                },
-            )
+            if log.isEnabledFor(logging.INFO):
+                log.info(
+                    "connection closed",
+                    extra={
+                        "conn": session.conn_id,
+                        "code": int(code),
+                        "reason": reason,
+                        "duration": round(time.monotonic() - session.opened_at, 3),
+                    },
+                )
 
 
 class UnknownWebSocketPath:
