@@ -6,7 +6,7 @@
 // stream too (the endpoint echoes to the sender); they are not counted as subscribers.
 'use strict';
 
-const { Samples, closeAll, connectMany, cpuSeconds, mark, pad, sleep } = require('./lib');
+const { Samples, closeAll, connectMany, cpuSeconds, mark, pad, round, sleep } = require('./lib');
 const { rawConnectMany, rawCloseAll } = require('./rawclient');
 
 // Parses "<publisher> <sequence> <ms>[.fraction]" from bytes without making a string.
@@ -313,8 +313,5 @@ async function broadcastCapacity(cfg) {
   return result;
 }
 
-function round(x, digits = 3) {
-  return Number(x.toFixed(digits));
-}
 
 module.exports = { broadcastFanout, broadcastCapacity };

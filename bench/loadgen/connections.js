@@ -1,7 +1,7 @@
 // Connection scenarios: idle capacity and handshake rate, against /ws.
 'use strict';
 
-const { Samples, WebSocket, closeAll, connect, connectMany, cpuSeconds, mark, sleep } = require('./lib');
+const { Samples, WebSocket, closeAll, connect, connectMany, cpuSeconds, mark, round, sleep } = require('./lib');
 const { rawConnect } = require('./rawclient');
 
 // Open `count` idle connections, let the harness measure the server's memory, then close them.
@@ -119,8 +119,5 @@ async function handshakeRate(cfg) {
   };
 }
 
-function round(x, digits = 3) {
-  return Number(x.toFixed(digits));
-}
 
 module.exports = { idleCapacity, handshakeRate };

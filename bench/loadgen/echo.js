@@ -1,10 +1,45 @@
 // Echo scenarios: closed-loop throughput and open-loop latency against /ws.
 'use strict';
 
-const { Samples, closeAll, connectMany, cpuSeconds, mark, pad, sleep } = require('./lib');
+const { Samples, closeAll, connectMany, cpuSeconds, mark, pad, round, sleep } = require('./lib');
 const { rawConnect, textFrame } = require('./rawclient');
 
 const PREFIX = 'Echo: ';
+
+// The measured phase both throughput loops share: warm up, mark, count replies over the
+// window, mark, then drain what is still in flight and close. `c` holds the loop's counters.
+async function measureClosedLoop(cfg, c, close, extra) {
+  await sleep((cfg.warmup ?? 1) * 1000);
+  await mark(cfg, 'start');
+  const cpu0 = process.cpuUsage();
+  const t0 = performance.now();
+  const r0 = c.replies;
+  await sleep((cfg.duration ?? 5) * 1000);
+  const r1 = c.replies;
+  const seconds = (performance.now() - t0) / 1000;
+  const loadgenCpu = cpuSeconds(cpu0);
+  await mark(cfg, 'end');
+  c.running = false;
+
+  const drainUntil = performance.now() + 3000;
+  while (c.replies < c.sent && performance.now() < drainUntil) await sleep(10);
+  const unanswered = c.sent - c.replies;
+  await close();
+  return {
+    ...extra,
+    messages: r1 - r0,
+    seconds: round(seconds),
+    messages_per_s: Math.round((r1 - r0) / seconds),
+    bad_replies: c.bad,
+    unanswered,
+    closed_early: c.closedEarly,
+    loadgen_cpu_s: round(loadgenCpu),
+  };
+}
+
+function newCounters() {
+  return { running: true, replies: 0, sent: 0, bad: 0, closedEarly: 0 };
+}
 
 // N connections, each keeping `inflight` messages outstanding: a reply triggers the next send.
 // The harness reads the server's CPU at the marks, so the figure is messages per server CPU-second.
@@ -22,11 +57,7 @@ async function echoThroughput(cfg) {
     return { error: 'could not open every connection', opened: sockets.length, failures };
   }
 
-  let running = true;
-  let replies = 0;
-  let sent = 0;
-  let bad = 0;
-  let closedEarly = 0;
+  const c = newCounters();
   for (const ws of sockets) {
     // Replies that arrive in one read are answered with one write: cork the socket on the first
     // reply and uncork after the read is handled, so the generator spends less CPU per message.
@@ -37,10 +68,10 @@ async function echoThroughput(cfg) {
       socket.uncork();
     };
     ws.on('message', (data, isBinary) => {
-      replies += 1;
-      if (isBinary || data.length !== expectedLength || data.toString('latin1', 0, 6) !== PREFIX) bad += 1;
-      if (running && sent < maxMessages) {
-        sent += 1;
+      c.replies += 1;
+      if (isBinary || data.length !== expectedLength || data.toString('latin1', 0, 6) !== PREFIX) c.bad += 1;
+      if (c.running && c.sent < maxMessages) {
+        c.sent += 1;
         if (!corked && socket) {
           corked = true;
           socket.cork();
@@ -50,45 +81,22 @@ async function echoThroughput(cfg) {
       }
     });
     ws.on('close', () => {
-      if (running) closedEarly += 1;
+      if (c.running) c.closedEarly += 1;
     });
   }
   for (const ws of sockets) {
     for (let i = 0; i < inflight; i++) {
-      sent += 1;
+      c.sent += 1;
       ws.send(payload);
     }
   }
 
-  await sleep((cfg.warmup ?? 1) * 1000);
-  await mark(cfg, 'start');
-  const cpu0 = process.cpuUsage();
-  const t0 = performance.now();
-  const r0 = replies;
-  await sleep((cfg.duration ?? 5) * 1000);
-  const r1 = replies;
-  const seconds = (performance.now() - t0) / 1000;
-  const loadgenCpu = cpuSeconds(cpu0);
-  await mark(cfg, 'end');
-  running = false;
-
-  const drainUntil = performance.now() + 3000;
-  while (replies < sent && performance.now() < drainUntil) await sleep(10);
-  const unanswered = sent - replies;
-  await closeAll(sockets);
-  return {
+  return measureClosedLoop(cfg, c, () => closeAll(sockets), {
     connections: conns,
     inflight,
     size: payload.length,
-    messages: r1 - r0,
-    seconds: round(seconds),
-    messages_per_s: Math.round((r1 - r0) / seconds),
-    bad_replies: bad,
-    unanswered,
-    closed_early: closedEarly,
-    loadgen_cpu_s: round(loadgenCpu),
     client: 'ws',
-  };
+  });
 }
 
 // The same closed loop on the raw client (rawclient.js): replies that arrive in one read are
@@ -123,11 +131,7 @@ async function echoThroughputRaw(cfg) {
     return { error: 'could not open every connection', opened: connections.length, failures };
   }
 
-  let running = true;
-  let replies = 0;
-  let sent = 0;
-  let bad = 0;
-  let closedEarly = 0;
+  const c = newCounters();
   const writeFrames = (conn, count) => {
     while (count > 0) {
       const n = Math.min(count, 64);
@@ -140,55 +144,33 @@ async function echoThroughputRaw(cfg) {
     const flush = () => {
       const n = owed;
       owed = 0;
-      if (running) writeFrames(conn, n);
+      if (c.running) writeFrames(conn, n);
     };
     conn.onFrame = (opcode, buf, start, end) => {
-      replies += 1;
-      if (opcode !== 1 || end - start !== expectedLength || prefix.compare(buf, start, start + 6) !== 0) bad += 1;
-      if (running && sent < maxMessages) {
-        sent += 1;
+      c.replies += 1;
+      if (opcode !== 1 || end - start !== expectedLength || prefix.compare(buf, start, start + 6) !== 0) c.bad += 1;
+      if (c.running && c.sent < maxMessages) {
+        c.sent += 1;
         if (owed === 0) process.nextTick(flush);
         owed += 1;
       }
     };
     conn.socket.on('close', () => {
-      if (running) closedEarly += 1;
+      if (c.running) c.closedEarly += 1;
     });
     conn.start();
   }
   for (const conn of connections) {
-    sent += inflight;
+    c.sent += inflight;
     writeFrames(conn, inflight);
   }
 
-  await sleep((cfg.warmup ?? 1) * 1000);
-  await mark(cfg, 'start');
-  const cpu0 = process.cpuUsage();
-  const t0 = performance.now();
-  const r0 = replies;
-  await sleep((cfg.duration ?? 5) * 1000);
-  const r1 = replies;
-  const seconds = (performance.now() - t0) / 1000;
-  const loadgenCpu = cpuSeconds(cpu0);
-  await mark(cfg, 'end');
-  running = false;
-  const drainUntil = performance.now() + 3000;
-  while (replies < sent && performance.now() < drainUntil) await sleep(10);
-  const unanswered = sent - replies;
-  await Promise.all(connections.map((c) => c.close()));
-  return {
+  return measureClosedLoop(cfg, c, () => Promise.all(connections.map((x) => x.close())), {
     connections: conns,
     inflight,
     size: payload.length,
-    messages: r1 - r0,
-    seconds: round(seconds),
-    messages_per_s: Math.round((r1 - r0) / seconds),
-    bad_replies: bad,
-    unanswered,
-    closed_early: closedEarly,
-    loadgen_cpu_s: round(loadgenCpu),
     client: 'raw',
-  };
+  });
 }
 
 // Open loop: `rate` messages per second spread over N connections on a fixed schedule; latency
@@ -257,10 +239,6 @@ async function echoLatency(cfg) {
     latency_ms: latency.summary(),
     loadgen_cpu_s: round(loadgenCpu),
   };
-}
-
-function round(x, digits = 3) {
-  return Number(x.toFixed(digits));
 }
 
 module.exports = { echoThroughput, echoLatency };

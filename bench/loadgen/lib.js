@@ -171,6 +171,11 @@ function pad(text, size) {
   return text.length >= size ? text : text + ' '.repeat(size - text.length);
 }
 
+// A figure to `digits` decimals, as a number (for the JSON results).
+function round(x, digits = 3) {
+  return Number(x.toFixed(digits));
+}
+
 module.exports = {
   WebSocket,
   Samples,
@@ -181,6 +186,7 @@ module.exports = {
   emit,
   mark,
   pad,
+  round,
   sleep,
   stopStdin,
 };
