@@ -483,16 +483,13 @@ class DirectWebSocketProtocol(WebSocketsSansIOProtocol):
         self._abort_later()
 
     def shutdown(self) -> None:
-        """The server is stopping: readiness fails at once, closes (1012) spread out.
+        """The server is stopping (service.draining has marked it draining): closes spread out.
 
         uvicorn calls this for every connection at the same instant; thousands of clients
         closed together would reconnect together. Each close waits a random share of
         `drain_spread` seconds (uvicorn keeps waiting for open connections meanwhile).
         """
-        runtime = self.app_state.get("runtime")
-        if runtime is not None:
-            runtime.draining = True
-        spread = getattr(runtime, "drain_spread", 0.0)
+        spread = getattr(self.app_state.get("runtime"), "drain_spread", 0.0)
         if spread > 0 and self.handshake_complete and not self.close_sent:
             self.loop.call_later(random.uniform(0, spread), self._shutdown_now)
         else:

@@ -34,14 +34,20 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
 
 
 def serve(settings: Settings) -> None:
-    """Run one uvicorn process as configured (what `make run` does)."""
+    """Run one uvicorn process as configured (what `make run` does).
+
+    As `uvicorn.run`, with the draining server the gunicorn worker uses too.
+    """
     import uvicorn
+    from uvicorn.config import STARTUP_FAILURE  # what uvicorn.run exits with
+
+    from .draining import DrainingServer
 
     options = uvicorn_options(settings)
     if settings.tls_enabled:
         options["ssl_certfile"] = str(settings.ssl_certfile)
         options["ssl_keyfile"] = str(settings.ssl_keyfile)
-    uvicorn.run(
+    config = uvicorn.Config(
         "service.app:app",
         host=settings.host,
         port=settings.port,
@@ -49,3 +55,10 @@ def serve(settings: Settings) -> None:
         access_log=True,
         **options,
     )
+    server = DrainingServer(config)
+    try:
+        server.run()
+    except KeyboardInterrupt:
+        pass
+    if not server.started:
+        raise SystemExit(STARTUP_FAILURE)

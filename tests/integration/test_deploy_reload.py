@@ -270,3 +270,24 @@ def test_worker_passes_websocket_options_and_a_shorter_graceful_shutdown(
     assert worker.config.ws_max_size == 5000
     assert worker.config.ws_per_message_deflate is False
     assert worker.config.ws is DirectWebSocketProtocol
+
+
+async def test_ws_service_serve_stops_like_a_gunicorn_worker() -> None:
+    """`ws-service serve` on SIGTERM: a handshake in flight still gets its 101, then 1012."""
+    env = {"WS_GRACEFUL_TIMEOUT": str(GRACEFUL), "WS_DRAIN_SPREAD": "0.2"}
+    with ServerProcess(env) as server:
+        clients = await open_clients(server.ws_url + "/ws", 10, "Echo: ")
+        slow = SlowHandshake(server.port)
+        await slow.start()
+        await asyncio.sleep(0.2)  # accepted, request still incomplete
+        server.signal(signal.SIGTERM)
+        await asyncio.sleep(0.3)
+        slow_status, slow_code = await slow.finish()
+        codes = await asyncio.gather(*(close_code(ws, GRACEFUL) for ws in clients))
+        assert server.proc is not None
+        exit_code = await asyncio.to_thread(server.proc.wait, scaled(GRACEFUL))
+    assert slow_status == b"HTTP/1.1 101 Switching Protocols"
+    assert slow_code in (1001, 1012)
+    assert set(codes) <= {1001, 1012}, collections.Counter(codes)
+    # uvicorn re-raises the stop signal once its shutdown is complete (uvicorn.run does too).
+    assert exit_code in (0, -signal.SIGTERM)
